@@ -1,0 +1,152 @@
+"""Lookup through the layers: what one name in the merged view is made of.
+
+A merged object is the list of its *sources*: the objects of that name in the layers, topmost
+first. A non-directory has one source; a directory has one per layer that merges into it. The
+walk mirrors the kernel's per-layer lookup (overlayfs.rst "Upper and Lower", "Directories",
+"whiteouts and opaque directories"): go down the layers of the parent's merge; a whiteout stops
+everything below; a non-directory stops the merge (and is itself ignored below a directory);
+an opaque directory stops the merge after itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.state import ROOT, Inode, Layer, Overlay, Path
+
+UPPER = -1  # the layer number of the upper layer; lower layers are 0 (top), 1, ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """One layer's object inside a merged object."""
+
+    layer: int  # UPPER or the index of a lower layer
+    path: Path  # where it is inside that layer (differs from the merged path after a redirect)
+    ino: int
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A visible object of the merged view."""
+
+    path: Path
+    sources: tuple[Source, ...]  # topmost first, never empty
+
+    @property
+    def top(self) -> Source:
+        return self.sources[0]
+
+    @property
+    def is_upper(self) -> bool:
+        return self.top.layer == UPPER
+
+    @property
+    def lower_sources(self) -> tuple[Source, ...]:
+        return tuple(s for s in self.sources if s.layer != UPPER)
+
+    @property
+    def is_merge(self) -> bool:
+        """Several layers make up this directory (the kernel's OVL_TYPE_MERGE)."""
+        return len(self.sources) > 1
+
+    @property
+    def pure_upper(self) -> bool:
+        return self.is_upper and len(self.sources) == 1
+
+
+@dataclass(frozen=True)
+class Absent:
+    """A name that is not visible. ``whiteout`` tells whether a whiteout hides it."""
+
+    path: Path
+    whiteout: bool
+
+
+def layer(state: Overlay, number: int) -> Layer:
+    if number == UPPER:
+        assert state.upper is not None
+        return state.upper
+    return state.lowers[number]
+
+
+def inode(state: Overlay, source: Source) -> Inode:
+    return layer(state, source.layer).inodes[source.ino]
+
+
+def top_inode(state: Overlay, obj: Merged) -> Inode:
+    return inode(state, obj.top)
+
+
+def _layer_numbers(state: Overlay) -> list[int]:
+    return ([] if state.upper is None else [UPPER]) + list(range(len(state.lowers)))
+
+
+def root(state: Overlay) -> Merged:
+    """The merged root: every layer's root, merged (an opaque root still stops the merge)."""
+    sources: list[Source] = []
+    for number in _layer_numbers(state):
+        ino = layer(state, number).entries[ROOT]
+        sources.append(Source(number, ROOT, ino))
+        if layer(state, number).inodes[ino].opaque:
+            break
+    return Merged(ROOT, tuple(sources))
+
+
+def child(state: Overlay, parent: Merged, name: str) -> Merged | Absent:
+    """Look ``name`` up in the merged directory ``parent``."""
+    path = (*parent.path, name)
+    found: list[Source] = []
+    for dir_source in parent.sources:
+        lay = layer(state, dir_source.layer)
+        lpath = (*dir_source.path, name)
+        ino = lay.entries.get(lpath)
+        if ino is None:
+            continue
+        node = lay.inodes[ino]
+        if node.kind == "whiteout":
+            if not found:
+                return Absent(path, whiteout=True)
+            break
+        if found and not node.is_dir:
+            break  # lookup.non-dir-stops-merge
+        found.append(Source(dir_source.layer, lpath, ino))
+        if not node.is_dir or node.opaque:
+            break  # lookup.upper-hides-lower, lookup.opaque
+    if not found:
+        return Absent(path, whiteout=False)
+    return Merged(path, tuple(found))
+
+
+def lookup(state: Overlay, path: Path) -> Merged | None:
+    """The merged object at a canonical path (no symlinks, no dots), or None."""
+    obj: Merged | Absent = root(state)
+    for name in path:
+        assert isinstance(obj, Merged)
+        if not top_inode(state, obj).is_dir:
+            return None
+        obj = child(state, obj, name)
+        if isinstance(obj, Absent):
+            return None
+    assert isinstance(obj, Merged)
+    return obj
+
+
+def names(state: Overlay, directory: Merged) -> list[str]:
+    """The visible names in a merged directory (readdir.union)."""
+    candidates: set[str] = set()
+    for source in directory.sources:
+        candidates.update(layer(state, source.layer).children(source.path))
+    return sorted(n for n in candidates if isinstance(child(state, directory, n), Merged))
+
+
+def lower_positive(state: Overlay, parent: Merged, name: str) -> bool:
+    """Whether a lower layer has an object of this name under ``parent`` that a removal must
+    keep hidden with a whiteout: the first lower layer of the parent's merge holding the name
+    decides (a whiteout there means nothing to hide)."""
+    for source in parent.lower_sources:
+        lay = layer(state, source.layer)
+        ino = lay.entries.get((*source.path, name))
+        if ino is not None:
+            return lay.inodes[ino].kind != "whiteout"
+    return False
