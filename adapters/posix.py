@@ -45,7 +45,9 @@ READ_CHUNK = 1 << 16
 
 
 def open_flags(names: tuple[str, ...]) -> int:
-    flags = 0
+    """The flag bits for ``names``, plus O_NONBLOCK: no call may block on a fifo
+    (rule open.fifo-nonblock)."""
+    flags = os.O_NONBLOCK
     for name in names:
         flags |= OPEN_FLAG_VALUES[name]
     return flags
@@ -67,8 +69,8 @@ def stat_result(st: StatLike) -> StatResult:
     )
 
 
-def _read_all(fs: PosixFS, path: str, flags: int = os.O_RDONLY) -> bytes:
-    fd = fs.open(path, flags)
+def _read_all(fs: PosixFS, path: str) -> bytes:
+    fd = fs.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         chunks = []
         while chunk := fs.read(fd, READ_CHUNK):
@@ -83,7 +85,7 @@ def _open_close(fs: PosixFS, op: ops.Open) -> None:
 
 
 def _write(fs: PosixFS, op: ops.Write) -> None:
-    fd = fs.open(op.path, os.O_WRONLY)
+    fd = fs.open(op.path, os.O_WRONLY | os.O_NONBLOCK)
     try:
         fs.pwrite(fd, op.data, op.offset)
     finally:
