@@ -160,7 +160,14 @@ def observe(fs: PosixFS) -> View:
     pending = [""]
     while pending:
         path = pending.pop()
-        st = fs.stat(path, follow=False)
+        try:
+            st = fs.stat(path, follow=False)
+        except OSError as exc:
+            if not path:
+                raise
+            # readdir listed a name that lookup cannot find (rule readdir.pass-through).
+            nodes[path] = Node(stat=None, errno=exc.errno or E.EIO)
+            continue
         result = stat_result(st)
         data = target = None
         if result.kind == "file":

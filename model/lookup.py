@@ -150,3 +150,46 @@ def lower_positive(state: Overlay, parent: Merged, name: str) -> bool:
         if ino is not None:
             return lay.inodes[ino].kind != "whiteout"
     return False
+
+
+def listing(state: Overlay, directory: Merged) -> list[str]:
+    """What readdir returns. A directory made of one layer's directory that was never copied
+    up is read straight from that layer (readdir.pass-through), so whiteouts in it are listed;
+    every other directory lists its visible names (readdir.union), and xattr whiteouts of its
+    lowest layer (readdir.lowest-xattr-whiteout)."""
+    node = top_inode(state, directory)
+    if directory.is_merge or node.origin is not None:
+        return sorted({*names(state, directory), *_lowest_xattr_whiteouts(state, directory)})
+    top = directory.top
+    return layer(state, top.layer).children(top.path)
+
+
+def _lowest_xattr_whiteouts(state: Overlay, directory: Merged) -> set[str]:
+    """readdir.lowest-xattr-whiteout: readdir filters xattr whiteouts only in lower
+    directories that lookup found marked opaque=x, and lookup reads the marker only when the
+    layer is not the last of the parent's lower layers. So the xattr whiteouts of the merge's
+    lowest layer are listed (unless a higher layer of the merge names them) when that layer is
+    the parent's last, or when the directory there is opaque (marked "y", not "x")."""
+    lowest = directory.sources[-1]
+    if lowest.layer == UPPER or len(directory.sources) < 2:
+        return set()
+    parent = root(state) if not directory.path else lookup(state, directory.path[:-1])
+    assert parent is not None
+    if not directory.path:
+        last = len(state.lowers) - 1
+    else:
+        parent_lowers = parent.lower_sources
+        last = parent_lowers[-1].layer if parent_lowers else UPPER
+    # An opaque directory is marked "y", not "x": its xattr whiteouts are never filtered.
+    if lowest.layer != last and not inode(state, lowest).opaque:
+        return set()
+    lay = layer(state, lowest.layer)
+    higher: set[str] = set()
+    for source in directory.sources[:-1]:
+        higher.update(layer(state, source.layer).children(source.path))
+    found = set()
+    for name in lay.children(lowest.path):
+        node = lay.inodes[lay.entries[(*lowest.path, name)]]
+        if node.kind == "whiteout" and node.whiteout_form == "xattr" and name not in higher:
+            found.add(name)
+    return found

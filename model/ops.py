@@ -284,10 +284,11 @@ OPS_BY_NAME: dict[str, type[Op]] = {op.name: op for op in ALL_OPS}
 class Node:
     """One visible path of the merged view: its stat, and what reading it shows."""
 
-    stat: StatResult
+    stat: StatResult | None  # None: readdir lists the name, but lstat fails with ``errno``
     data: bytes | None = None  # regular files
     target: str | None = None  # symlinks
     xattrs: FrozenMap[str, bytes] = FrozenMap()  # every xattr listxattr shows, with its value
+    errno: int = 0  # why lstat of a listed name failed (rule readdir.pass-through)
 
 
 #: The whole merged view: ``"a/b"`` → Node; the root is ``""``.

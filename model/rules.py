@@ -50,6 +50,22 @@ _RULES: tuple[Rule, ...] = (
          "readdir of a merged directory returns each visible name once: the union of the "
          "layers' names, less whiteouts and what they hide. Order is unspecified.",
          "rst:readdir"),
+    Rule("readdir.pass-through",
+         "A directory that comes from a single layer and was never copied up (not merged, "
+         "no origin) is read straight from that layer: whiteouts inside it are listed by "
+         "readdir, although looking them up fails with ENOENT.",
+         "rst:readdir (non-merged directories); observed on 6.18 (fs/overlayfs/readdir.c "
+         "ovl_dir_is_real)"),
+    Rule("readdir.lowest-xattr-whiteout",
+         "Lookup reads a lower directory's opaque=x marker only when its layer is not the "
+         "last of the parent directory's lower layers, and readdir filters xattr-form "
+         "whiteouts only in marked directories: so readdir of a merged directory lists the "
+         "xattr whiteouts of the merge's lowest layer (unless a higher layer of the merge has "
+         "the name) when that layer is the parent's last lower layer or the directory there "
+         "is opaque (marked y, not x), although looking them up fails with ENOENT. "
+         "Character-device whiteouts are always filtered.",
+         "observed on 6.18 (fs/overlayfs/namei.c ovl_lookup_single skips the xattr checks "
+         "for the last layer)"),
     Rule("read.from-top",
          "Reading an object reads the topmost object of that name: the upper one if there "
          "is one, otherwise the topmost lower one.",

@@ -17,7 +17,7 @@ from typing import Any
 
 from model import ops
 from model.copy_up import copy_up
-from model.lookup import Absent, Merged, lookup, lower_positive, names, top_inode
+from model.lookup import Absent, Merged, listing, lookup, lower_positive, names, top_inode
 from model.ops import Op, Outcome, Value
 from model.paths import Errno, Escape, Last, parent_of, resolve, resolve_for_create
 from model.state import Inode, Overlay, Path
@@ -186,10 +186,11 @@ def _readdir(state: Overlay, op: ops.Readdir, trace: Trace) -> Result:
     obj = resolve(state, op.path, follow=True)
     if not top_inode(state, obj).is_dir:
         raise Errno(E.ENOTDIR, "read.errors")
-    trace.append("readdir.union")
+    listed = listing(state, obj)
+    trace.append("readdir.union" if obj.is_merge else "readdir.pass-through")
     if obj.is_merge:
         trace.append("lookup.dir-merge")
-    return frozenset(names(state, obj)), state
+    return frozenset(listed), state
 
 
 def _getxattr(state: Overlay, op: ops.GetXattr, trace: Trace) -> Result:
@@ -291,10 +292,8 @@ def _truncate(state: Overlay, op: ops.Truncate, trace: Trace) -> Result:
         trace.append("copy-up.triggers")
     state, obj = copy_up(state, obj, trace)
     data = node.data[: op.length].ljust(op.length, b"\0")
-    # The upper filesystem only stamps the time when the size really changes.
-    mtime = None if op.length != len(node.data) else node.mtime
     trace += ["write.data", "attr.mtime"]
-    return None, _change(state, obj, data=data, mtime=mtime)
+    return None, _change(state, obj, data=data, mtime=None)
 
 
 # --- attributes -----------------------------------------------------------------------------

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import errno
+
 from model.frozen import FrozenMap
-from model.lookup import Merged, layer, names, root, top_inode
+from model.lookup import Merged, child, layer, listing, root, top_inode
 from model.ops import Node, StatResult, View
 from model.state import Overlay, Path
 
@@ -72,14 +74,14 @@ def view(state: Overlay) -> View:
     """Every visible path of the merged view."""
     nodes: dict[str, Node] = {}
     pending = [root(state)]
-    from model.lookup import child
-
     while pending:
         obj = pending.pop()
         nodes[key(obj.path)] = node_of(state, obj)
         if top_inode(state, obj).is_dir:
-            for name in names(state, obj):
+            for name in listing(state, obj):
                 found = child(state, obj, name)
-                assert isinstance(found, Merged)
-                pending.append(found)
+                if isinstance(found, Merged):
+                    pending.append(found)
+                else:  # readdir.pass-through: listed, but lookup finds nothing
+                    nodes[key(found.path)] = Node(stat=None, errno=errno.ENOENT)
     return FrozenMap(nodes)
