@@ -92,9 +92,8 @@ def _write(fs: PosixFS, op: ops.Write) -> None:
         fs.close(fd)
 
 
-
-
-def _execute(fs: PosixFS, op: Op) -> object:  # noqa: C901 - one branch per system call
+def _execute(fs: PosixFS, op: Op) -> object:
+    """Perform one call; return its value (None for the calls that return nothing)."""
     match op:
         case ops.Stat(path):
             return stat_result(fs.stat(path, follow=True))
@@ -111,36 +110,38 @@ def _execute(fs: PosixFS, op: Op) -> object:  # noqa: C901 - one branch per syst
         case ops.ListXattr(path):
             return frozenset(fs.listxattr(path))
         case ops.Open():
-            return _open_close(fs, op)
+            _open_close(fs, op)
         case ops.Write():
-            return _write(fs, op)
+            _write(fs, op)
         case ops.Truncate(path, length):
-            return fs.truncate(path, length)
+            fs.truncate(path, length)
         case ops.Chmod(path, mode):
-            return fs.chmod(path, mode)
+            fs.chmod(path, mode)
         case ops.Chown(path, uid, gid, follow):
-            return fs.chown(path, uid, gid, follow)
+            fs.chown(path, uid, gid, follow)
         case ops.Utimes(path, mtime):
-            return fs.utime(path, mtime, mtime)
+            fs.utime(path, mtime, mtime)
         case ops.SetXattr(path, key, value, flags):
-            return fs.setxattr(path, key, value, XATTR_FLAG_VALUES[flags])
+            fs.setxattr(path, key, value, XATTR_FLAG_VALUES[flags])
         case ops.RemoveXattr(path, key):
-            return fs.removexattr(path, key)
+            fs.removexattr(path, key)
         case ops.Mkdir(path, mode):
-            return fs.mkdir(path, mode)
+            fs.mkdir(path, mode)
         case ops.Rmdir(path):
-            return fs.rmdir(path)
+            fs.rmdir(path)
         case ops.Unlink(path):
-            return fs.unlink(path)
+            fs.unlink(path)
         case ops.Symlink(target, path):
-            return fs.symlink(target, path)
+            fs.symlink(target, path)
         case ops.Link(src, dst):
-            return fs.link(src, dst)
+            fs.link(src, dst)
         case ops.Mknod(path, kind, mode, rdev):
-            return fs.mknod(path, MKNOD_TYPES[kind] | mode, rdev)
+            fs.mknod(path, MKNOD_TYPES[kind] | mode, rdev)
         case ops.Rename(src, dst, flags):
-            return fs.rename(src, dst, RENAME_FLAG_VALUES[flags])
-    raise TypeError(f"the executor cannot perform {op}")
+            fs.rename(src, dst, RENAME_FLAG_VALUES[flags])
+        case _:
+            raise TypeError(f"the executor cannot perform {op}")
+    return None
 
 
 def perform(fs: PosixFS, op: Op) -> Outcome:

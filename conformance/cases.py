@@ -13,13 +13,37 @@ from __future__ import annotations
 import errno as E
 from dataclasses import dataclass, field
 
-from model.build import MTIME, Dir, Fifo, File, HardLink, Symlink, Whiteout, stack
+from model.build import MTIME, Dir, Entry, Fifo, File, HardLink, Symlink, Whiteout, stack
 from model.frozen import FrozenMap
 from model.ops import (
-    Chmod, Chown, GetXattr, Link, ListXattr, Lstat, Mkdir, Mknod, Op, Open, Read, Readdir,
-    Readlink, Remount, RemoveXattr, Rename, Rmdir, SetXattr, Stat, Symlink as SymlinkOp,
-    Truncate, Unlink, Utimes, Write, Value,
+    Chmod,
+    Chown,
+    GetXattr,
+    Link,
+    ListXattr,
+    Lstat,
+    Mkdir,
+    Mknod,
+    Op,
+    Open,
+    Read,
+    Readdir,
+    Readlink,
+    Remount,
+    RemoveXattr,
+    Rename,
+    Rmdir,
+    SetXattr,
+    Stat,
+    Truncate,
+    Unlink,
+    Utimes,
+    Value,
+    Write,
 )  # fmt: skip
+from model.ops import (
+    Symlink as SymlinkOp,
+)
 from model.state import Overlay
 
 
@@ -43,13 +67,13 @@ def err(errno: int) -> Expect:
     return Expect(errno=errno)
 
 
-def val(value: Value) -> Expect:
-    if isinstance(value, set):
-        value = frozenset(value)
-    return Expect(value=value, check_value=True)
+def val(value: Value | set[str]) -> Expect:
+    return Expect(value=frozenset(value) if isinstance(value, set) else value, check_value=True)
 
 
-def st(same_ino_as: int | None = None, other_ino_than: int | None = None, **fields: object) -> Expect:
+def st(
+    same_ino_as: int | None = None, other_ino_than: int | None = None, **fields: object
+) -> Expect:
     return Expect(fields=FrozenMap(fields), same_ino_as=same_ino_as, other_ino_than=other_ino_than)
 
 
@@ -73,11 +97,11 @@ def case(
 
 
 W, RW, RO = ("O_WRONLY",), ("O_RDWR",), ("O_RDONLY",)
-LINKED = {"a": "lower data", "b": HardLink("a")}  # one lower inode, two names
+LINKED: dict[str, Entry] = {"a": "lower data", "b": HardLink("a")}  # one lower inode, two names
 DIR_A = {"d": {"x": "1"}}
 
 CASES: tuple[Case, ...] = (
-    # --- lookup -------------------------------------------------------------------------
+    # --- lookup ---
     case("lookup/upper-file-hides-lower", "lookup.upper-hides-lower read.from-top",
          stack({"a": "lower"}, upper={"a": "upper"}),
          (Read("a"), val(b"upper")), docker=(5,)),
@@ -133,7 +157,7 @@ CASES: tuple[Case, ...] = (
     case("readdir/no-duplicates", "readdir.union",
          stack({"a": "1", "d": {"x": "1"}}, {"a": "2", "d": {"x": "2", "y": "3"}}),
          (Readdir(""), val({"a", "d"})), (Readdir("d"), val({"x", "y"}))),
-    # --- path resolution ----------------------------------------------------------------
+    # --- path resolution ---
     case("path/missing-and-notdir", "path.resolve",
          stack({"a": "1", "d": {"x": "1"}}),
          (Stat("m/x"), err(E.ENOENT)), (Stat("a/x"), err(E.ENOTDIR)),
@@ -157,7 +181,7 @@ CASES: tuple[Case, ...] = (
          (Rmdir("d/.."), err(E.ENOTEMPTY)), (Unlink("d/."), err(E.EISDIR)),
          (Rename("d/.", "e"), err(E.EBUSY)),
          (Rename("d/x", "d/..", "RENAME_NOREPLACE"), err(E.EEXIST))),
-    # --- copy-up --------------------------------------------------------------------------
+    # --- copy-up ---
     *(
         case(f"copy-up/trigger-{name}", "copy-up.triggers link.broken-by-copy-up",
              stack(LINKED), (step, ok()), (Lstat("a"), st(nlink=nlink_a)),
@@ -223,7 +247,7 @@ CASES: tuple[Case, ...] = (
          (SetXattr("a", "user.k", b"w", "XATTR_CREATE"), err(E.EEXIST)),
          (Lstat("a"), st(nlink=1)), (GetXattr("a", "user.k"), val(b"v")),
          (RemoveXattr("c", "user.none"), err(E.ENODATA)), (Lstat("c"), st(nlink=2))),
-    # --- creating and removing -------------------------------------------------------------
+    # --- creating and removing ---
     case("create/in-lower-dir", "create.upper copy-up.parents",
          stack({"d": {"x": "1"}}),
          (Open("d/n", ("O_CREAT", "O_WRONLY"), 0o600), ok()),
@@ -261,7 +285,7 @@ CASES: tuple[Case, ...] = (
          stack({}), (Mknod("w", "chr", 0o644, 0), err(E.EPERM)), (Stat("w"), err(E.ENOENT))),
     case("mknod/fifo", "mknod.fifo", stack({}),
          (Mknod("p", "fifo", 0o640), ok()), (Lstat("p"), st(kind="fifo", mode=0o640))),
-    # --- rename -------------------------------------------------------------------------------
+    # --- rename ---
     case("rename/whiteout-flag", "rename.flags",
          stack({}, upper={"a": "1"}),
          (Rename("a", "b", "RENAME_WHITEOUT"), err(E.EINVAL)), (Read("a"), val(b"1"))),
@@ -299,7 +323,7 @@ CASES: tuple[Case, ...] = (
          stack({"a": "1", "b": "2"}),
          (Rename("a", "b", "RENAME_EXCHANGE"), ok()), (Read("a"), val(b"2")),
          (Read("b"), val(b"1"))),
-    # --- attributes -----------------------------------------------------------------------------
+    # --- attributes ---
     case("attr/follow", "attr.chmod-chown-utimes",
          stack({"a": File("1", mode=0o644), "s": Symlink("a")}),
          (Chmod("s", 0o600), ok()), (Stat("a"), st(mode=0o600)),
@@ -325,7 +349,7 @@ CASES: tuple[Case, ...] = (
          (SetXattr("a", "user.k", b"w", "XATTR_REPLACE"), ok()),
          (GetXattr("a", "user.k"), val(b"w")), (RemoveXattr("a", "user.k"), ok()),
          (ListXattr("a"), val(set()))),
-    # --- open, read, write ------------------------------------------------------------------------
+    # --- open, read, write ---
     case("open/flags", "open.flags",
          stack({"a": "1", "d": {}, "s": Symlink("a"), "n": Symlink("d/new")}),
          (Open("x", ("O_CREAT", "O_DIRECTORY")), err(E.EINVAL)),
@@ -343,7 +367,7 @@ CASES: tuple[Case, ...] = (
          stack({"a": "ab"}),
          (Write("a", b"xy", 3), ok()), (Read("a"), val(b"ab\0xy")), (Truncate("a", 1), ok()),
          (Read("a"), val(b"a")), (Truncate("a", 3), ok()), (Read("a"), val(b"a\0\0"))),
-    # --- hard links and inodes ---------------------------------------------------------------------
+    # --- hard links and inodes ---
     case("link/copy-up", "link.copy-up",
          stack({"a": "1", "d": {}}),
          (Link("a", "c"), ok()), (Read("c"), val(b"1")), (Lstat("a"), st(nlink=2)),
@@ -364,7 +388,7 @@ CASES: tuple[Case, ...] = (
          stack({"m": {"x": {}}, "o": {"x": {}, "y": {}}}, {"m": {"z": {}}}, upper={"u": {"v": {}}}),
          (Stat("m"), st(nlink=1)), (Stat("o"), st(nlink=4)), (Stat("u"), st(nlink=3)),
          (Stat(""), st(nlink=1))),
-    # --- mounts ----------------------------------------------------------------------------------
+    # --- mounts ---
     case("mount/read-only", "mount.read-only",
          stack({"a": "1", "d": {}}, {"b": "2"}, read_only=True),
          (Read("a"), val(b"1")), (Unlink("a"), err(E.EROFS)), (Mkdir("n"), err(E.EROFS)),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
 from model.features import DEFAULT, Features
 from model.frozen import FrozenMap
@@ -66,7 +65,7 @@ class Whiteout:
     form: WhiteoutForm = "chardev"
 
 
-Entry = Union[str, bytes, dict[str, "Entry"], File, Dir, Symlink, Fifo, HardLink, Whiteout]
+Entry = str | bytes | dict[str, "Entry"] | File | Dir | Symlink | Fifo | HardLink | Whiteout
 
 
 class _Builder:

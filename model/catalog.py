@@ -1,8 +1,8 @@
 """The rule catalog: every rule's ID, statement and source, and the named cases that show it.
 
-    python -m model.catalog            # print the catalog as Markdown
-    python -m model.catalog --check    # exit 1 if RULES.md is not current
-    python -m model.catalog --write    # regenerate RULES.md
+python -m model.catalog            # print the catalog as Markdown
+python -m model.catalog --check    # exit 1 if RULES.md is not current
+python -m model.catalog --write    # regenerate RULES.md
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def render() -> str:
 
     cases_of: dict[str, list[str]] = {rule: [] for rule in RULES}
     for case in CASES:
-        for rule in case.rules:
-            cases_of[rule].append(case.id)
+        for rule_id in case.rules:
+            cases_of[rule_id].append(case.id)
     lines = [
         "# Overlay semantics: the rule catalog",
         "",
@@ -56,7 +56,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.catalog", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m model.catalog", description="The rule catalog of the overlay model."
+    )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--check", action="store_true", help=f"fail if {CATALOG.name} is stale")
     action.add_argument("--write", action="store_true", help=f"regenerate {CATALOG.name}")

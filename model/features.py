@@ -7,7 +7,7 @@ defaults differ between kernels and distributions, so the suite never relies on 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 RedirectDir = Literal["on", "follow", "nofollow", "off"]
 Xino = Literal["on", "auto", "off"]
@@ -62,9 +62,7 @@ class Features:
 
     def describe(self) -> str:
         """The canonical ``key=value,...`` form, accepted back by ``parse``."""
-        return ",".join(
-            f"{f.name}={_render(getattr(self, f.name))}" for f in fields(self)
-        )
+        return ",".join(f"{f.name}={_render(getattr(self, f.name))}" for f in fields(self))
 
     @classmethod
     def parse(cls, text: str) -> Features:
@@ -86,14 +84,12 @@ class Features:
             if key == "userxattr" and not sep:
                 value = "on"
             if key not in allowed:
-                raise FeatureError(
-                    f"unknown feature {key!r}; known features: {', '.join(allowed)}"
-                )
+                raise FeatureError(f"unknown feature {key!r}; known features: {', '.join(allowed)}")
             if value not in allowed[key]:
                 raise FeatureError(
                     f"bad value {value!r} for feature {key!r}; allowed: {', '.join(allowed[key])}"
                 )
-            parsed: object = value if key in ("redirect_dir", "xino") else value == "on"
+            parsed: Any = value if key in ("redirect_dir", "xino") else value == "on"
             result = replace(result, **{key: parsed})
         return result
 

@@ -8,7 +8,7 @@ offset and closes), so a sequence of operations is a complete, replayable progra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from model.frozen import FrozenMap
@@ -287,7 +287,7 @@ class Node:
     stat: StatResult | None  # None: readdir lists the name, but lstat fails with ``errno``
     data: bytes | None = None  # regular files
     target: str | None = None  # symlinks
-    xattrs: FrozenMap[str, bytes] = FrozenMap()  # every xattr listxattr shows, with its value
+    xattrs: FrozenMap[str, bytes] = field(default_factory=FrozenMap)  # listxattr, with values
     errno: int = 0  # why lstat of a listed name failed (rule readdir.pass-through)
 
 

@@ -20,7 +20,7 @@ from model.copy_up import copy_up
 from model.lookup import Absent, Merged, listing, lookup, lower_positive, names, top_inode
 from model.ops import Op, Outcome, Value
 from model.paths import Errno, Escape, Last, parent_of, resolve, resolve_for_create
-from model.state import Inode, Overlay, Path
+from model.state import Inode, Kind, Overlay, Path
 from model.view import stat_of
 
 __all__ = ["Escape", "Transition", "apply", "escapes"]
@@ -84,7 +84,7 @@ def _upper(state: Overlay) -> Any:
     return state.upper
 
 
-def _change(state: Overlay, obj: Merged, **changes: object) -> Overlay:
+def _change(state: Overlay, obj: Merged, **changes: Any) -> Overlay:
     """Change the upper inode of an object that has been copied up."""
     assert obj.is_upper
     upper = _upper(state)
@@ -219,7 +219,7 @@ def _open(state: Overlay, op: ops.Open, trace: Trace) -> Result:
     return None, state
 
 
-def _open_checked(  # noqa: C901 - the kernel's open has this many cases, in this order
+def _open_checked(
     state: Overlay, path: str, flags: frozenset[str], mode: int, trace: Trace
 ) -> Overlay:
     write = bool(flags & _WRITE_ACCESS)
@@ -299,7 +299,7 @@ def _truncate(state: Overlay, op: ops.Truncate, trace: Trace) -> Result:
 # --- attributes -----------------------------------------------------------------------------
 
 
-def _setattr(state: Overlay, obj: Merged, trace: Trace, **changes: object) -> Overlay:
+def _setattr(state: Overlay, obj: Merged, trace: Trace, **changes: Any) -> Overlay:
     _writable(state)
     if not obj.is_upper:
         trace.append("copy-up.triggers")
@@ -386,7 +386,7 @@ def _mknod(state: Overlay, op: ops.Mknod, trace: Trace) -> Result:
     if op.kind == "chr" and op.rdev == 0:
         raise Errno(E.EPERM, "mknod.whiteout-forbidden")
     trace.append("mknod.fifo")
-    kind = "fifo" if op.kind == "fifo" else "chr"
+    kind: Kind = "fifo" if op.kind == "fifo" else "chr"
     node = Inode(kind, mode=op.mode & 0o7777, uid=0, gid=0, mtime=None, rdev=op.rdev)
     return None, _create(state, last, node, trace)
 
@@ -448,7 +448,7 @@ def _rmdir(state: Overlay, op: ops.Rmdir, trace: Trace) -> Result:
 _RENAME_FLAGS_VALID = {"", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT"}
 
 
-def _rename(state: Overlay, op: ops.Rename, trace: Trace) -> Result:  # noqa: C901
+def _rename(state: Overlay, op: ops.Rename, trace: Trace) -> Result:
     if op.flags not in _RENAME_FLAGS_VALID:
         raise Errno(E.EINVAL, "rename.flags")
     exchange = op.flags == "RENAME_EXCHANGE"
@@ -472,9 +472,8 @@ def _rename(state: Overlay, op: ops.Rename, trace: Trace) -> Result:  # noqa: C9
             raise Errno(E.ENOENT, "rename.vfs-checks")
         if not dst_dir and new.trailing:
             raise Errno(E.ENOTDIR, "path.trailing-slash")
-    if not src_dir:
-        if old.trailing or (not exchange and new.trailing):
-            raise Errno(E.ENOTDIR, "path.trailing-slash")
+    if not src_dir and (old.trailing or (not exchange and new.trailing)):
+        raise Errno(E.ENOTDIR, "path.trailing-slash")
     if old.parent.path != new.parent.path:
         if new.parent.path[: len(src.path)] == src.path:
             raise Errno(E.EINVAL, "rename.vfs-checks")
@@ -542,9 +541,7 @@ def _exchange(state: Overlay, old: Last, new: Last, trace: Trace) -> Overlay:
     assert isinstance(src, Merged) and isinstance(dst, Merged)
     trace.append("rename.exchange")
     moves = [(src, new), (dst, old)]
-    flags = [
-        (top_inode(state, obj).is_dir and obj.pure_upper, dest) for obj, dest in moves
-    ]
+    flags = [(top_inode(state, obj).is_dir and obj.pure_upper, dest) for obj, dest in moves]
     state, src = copy_up(state, src, trace)
     state, dst = copy_up(state, dst, trace)
     upper = _upper(state)
@@ -600,4 +597,3 @@ _CALLS: dict[type[Op], Callable[[Overlay, Any, Trace], Result]] = {
     ops.Remount: _remount,
 }
 assert set(_CALLS) == set(ops.ALL_OPS)
-
