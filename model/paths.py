@@ -129,17 +129,18 @@ def parent_of(state: Overlay, path: str, walk: Walk | None = None) -> Last:
     return Last(parent, last, "norm", trailing, child(state, parent, last))
 
 
+def dots(state: Overlay, last: Last) -> Merged:
+    """The directory a last component of '.', '..' or the root names."""
+    return _dotdot(state, last.parent) if last.type == "dotdot" else last.parent
+
+
 def resolve(state: Overlay, path: str, follow: bool) -> Merged:
     """The existing object a path names. A trailing slash follows a final symlink and
     requires a directory."""
     walk = Walk()
     last = parent_of(state, path, walk)
-    if last.type == "root":
-        return last.parent
-    if last.type == "dot":
-        return last.parent
-    if last.type == "dotdot":
-        return _dotdot(state, last.parent)
+    if last.type != "norm":
+        return dots(state, last)
     if isinstance(last.found, Absent) or last.found is None:
         raise Errno(E.ENOENT, "path.resolve")
     obj = last.found
@@ -152,9 +153,12 @@ def resolve(state: Overlay, path: str, follow: bool) -> Merged:
 
 def resolve_for_create(state: Overlay, path: str) -> Last:
     """Like ``parent_of``, but a final symlink is followed, as open(O_CREAT) does: a dangling
-    symlink yields the place where its target would be created."""
+    symlink yields the place where its target would be created. Each last component with a
+    trailing slash is EISDIR before it is even looked up (vfs:open_last_lookups)."""
     walk = Walk()
     last = parent_of(state, path, walk)
+    if last.type == "norm" and last.trailing:
+        raise Errno(E.EISDIR, "path.trailing-slash")
     while (
         last.type == "norm"
         and isinstance(last.found, Merged)
@@ -167,24 +171,10 @@ def resolve_for_create(state: Overlay, path: str) -> Last:
             return Last(last.parent, ".", "dot", last.trailing, None)
         parent = _walk_dirs(state, last.parent, names[:-1], walk)
         name = names[-1]
-        trailing = trailing or last.trailing
+        if trailing and name not in (".", ".."):
+            raise Errno(E.EISDIR, "path.trailing-slash")
         if name in (".", ".."):
             kind: LastType = "dot" if name == "." else "dotdot"
             return Last(parent, name, kind, trailing, None)
         last = Last(parent, name, "norm", trailing, child(state, parent, name))
     return last
-
-
-def escapes(state: Overlay, path: str) -> bool:
-    """Whether resolving ``path`` (following symlinks) would leave the merged root."""
-    try:
-        last = resolve_for_create(state, path)
-        if last.type == "dotdot":
-            _dotdot(state, last.parent)
-        if isinstance(last.found, Merged) and top_inode(state, last.found).is_dir:
-            pass
-    except Escape:
-        return True
-    except Errno:
-        return False
-    return False

@@ -19,7 +19,7 @@ from model import ops
 from model.copy_up import copy_up
 from model.lookup import Absent, Merged, listing, lookup, lower_positive, names, top_inode
 from model.ops import Op, Outcome, Value
-from model.paths import Errno, Escape, Last, parent_of, resolve, resolve_for_create
+from model.paths import Errno, Escape, Last, dots, parent_of, resolve, resolve_for_create
 from model.state import Inode, Kind, Overlay, Path
 from model.view import stat_of
 
@@ -235,7 +235,7 @@ def _open_checked(
             _writable(state)
             node = Inode("file", mode=mode & 0o7777, uid=0, gid=0, mtime=None)
             return _create(state, last, node, trace)
-        obj = last.found if isinstance(last.found, Merged) else resolve(state, path, False)
+        obj = last.found if isinstance(last.found, Merged) else dots(state, last)
         if "O_EXCL" in flags:
             raise Errno(E.EEXIST, "open.flags")
         if top_inode(state, obj).is_dir:
