@@ -5,7 +5,7 @@ The plugin is inert unless conformance tests are collected or ``--adapter`` is g
 or an adapter that cannot run here is a usage error with the reason and a non-zero exit, never
 a silent skip.
 
-    pytest --pyargs conformance --adapter=kernel --features=redirect_dir=on
+    pytest --pyargs conformance --adapter=kernel --features=redirect_dir=nofollow,index=off
     pytest conformance --adapter=mypkg.adapters:MyAdapter --known-differences=mine.toml
 """
 
@@ -56,7 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store",
         default="",
         metavar="SPEC",
-        help="mount features, e.g. 'redirect_dir=on,index=on' (default: the plain overlay)",
+        help="mount features, e.g. 'redirect_dir=nofollow,index=off' (default: the plain overlay)",
     )
     group.addoption(MOUNT_CMD, action="store", default=None, metavar="CMD",
                     help="mount command template (command adapter)")  # fmt: skip
@@ -97,6 +97,10 @@ class _Session:
             self.features = Features.parse(opt(FEATURES))
         except FeatureError as exc:
             raise pytest.UsageError(f"{FEATURES}: {exc}") from exc
+        if unspecified := self.features.unspecified():
+            raise pytest.UsageError(
+                f"{FEATURES}: the model cannot predict this mount yet: {'; '.join(unspecified)}"
+            )
         profile = opt(PROFILE)
         if profile not in PROFILES:
             raise pytest.UsageError(

@@ -59,6 +59,15 @@ def test_bad_features_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*unknown feature 'colour'*known features*"])
 
 
+def test_features_the_model_does_not_specify_are_a_usage_error(pytester: pytest.Pytester) -> None:
+    # Predicting the plain overlay for a redirect_dir=on mount would report false differences.
+    result = run(pytester, "--features=redirect_dir=on,metacopy=on")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*--features*cannot predict*redirect_dir=on (the model specifies nofollow*metacopy=on*"]
+    )
+
+
 def test_bad_profile_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--conformance-profile=quick")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
