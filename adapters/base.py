@@ -125,6 +125,11 @@ class Mounted(abc.ABC):
     def close(self) -> None:
         """Tear down: unmount, reap any daemon. Idempotent; never raises for a clean state."""
 
+    def describe_mount(self) -> Mapping[str, str] | None:
+        """How to bring this overlay up by hand, for reproducers: the shell command lines
+        ``mount`` and ``umount`` and the ``mountpoint`` they use (real paths), or None."""
+        return None
+
     def options_in_effect(self) -> Mapping[str, str]:
         """The mount options the implementation reports as in effect (read back, not assumed)."""
         return {}

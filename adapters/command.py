@@ -108,6 +108,13 @@ class CommandMounted(MountedDir):
         self.umount_argv = umount_argv
         self.logdir = logdir
 
+    def describe_mount(self) -> dict[str, str]:
+        return {
+            "mount": shlex.join(self.mount_argv),
+            "umount": shlex.join(self.umount_argv),
+            "mountpoint": str(self.mountpoint),
+        }
+
     def _up(self) -> None:
         status, output = _run(self.mount_argv, self.logdir / "mount.log", "mount")
         if status != 0:

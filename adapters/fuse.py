@@ -12,6 +12,7 @@ import contextlib
 import errno as E
 import functools
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -67,6 +68,15 @@ class FuseMounted(MountedDir):
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.notes: list[str] = []  # what teardown had to force, for diagnostics
+
+    def describe_mount(self) -> dict[str, str]:
+        # By hand the daemon may detach itself: the same command line without -f.
+        point = str(self.mountpoint)
+        return {
+            "mount": shlex.join([a for a in self.argv if a != "-f"]),
+            "umount": shlex.join(["fusermount3", "-u", point]),
+            "mountpoint": point,
+        }
 
     def _up(self) -> None:
         self.log.write_bytes(b"")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -133,6 +134,14 @@ class KernelMounted(MountedDir):
                 + "; ".join(mismatches)
                 + f" (mountinfo: {','.join(f'{k}={v}' if v else k for k, v in printed.items())})"
             )
+
+    def describe_mount(self) -> dict[str, str]:
+        point = str(self.mountpoint)
+        return {
+            "mount": shlex.join(["mount", "-t", "overlay", "overlay", "-o", self.data, point]),
+            "umount": shlex.join(["umount", point]),
+            "mountpoint": point,
+        }
 
     def _down(self) -> None:
         mounting.force_unmount(self.mountpoint)

@@ -14,7 +14,7 @@ Inode identity: model inode numbers and observed ``st_ino`` are different number
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from model.features import BOOL_VALUES, REDIRECT_DIR_VALUES, XINO_VALUES, Features
@@ -136,6 +136,35 @@ class InodeMap:
         return InodeMap(dict(self.to_obs), dict(self.to_model), dict(self.where))
 
 
+#: The rules that govern each field of the merged view, added to a difference in that field
+#: so that it names them whatever the step was (and a known difference can name them).
+FIELD_RULES: dict[str, tuple[str, ...]] = {
+    "nlink": ("inode.nlink",),
+    "ino": ("inode.st-ino",),
+    "mtime": ("attr.mtime", "copy-up.preserves"),
+    "mode": ("copy-up.preserves", "attr.chmod-chown-utimes"),
+    "uid": ("copy-up.preserves", "attr.chmod-chown-utimes"),
+    "gid": ("copy-up.preserves", "attr.chmod-chown-utimes"),
+    "size": ("read.from-top", "write.data"),
+    "data": ("read.from-top", "write.data"),
+    "target": ("copy-up.preserves",),
+    "kind": ("lookup.upper-hides-lower",),
+    "present": ("lookup.whiteout", "readdir.union"),
+    "lookup": ("readdir.pass-through", "readdir.lowest-xattr-whiteout"),
+    "xattr": ("xattr.private-hidden", "copy-up.preserves"),
+    "fingerprint": ("copy-up.lower-unchanged",),
+}
+
+#: Fields that only describe objects: a known difference there leaves model and implementation
+#: in step, so the example goes on (with the same difference tolerated) instead of stopping.
+OBSERVATIONAL_FIELDS: frozenset[str] = frozenset({"nlink", "ino", "mtime"})
+
+
+def base_field(name: str) -> str:
+    """``stat.nlink`` -> ``nlink``, ``xattr:user.a`` -> ``xattr``."""
+    return name.removeprefix("stat.").split(":", 1)[0]
+
+
 @dataclass(frozen=True)
 class StepContext:
     """Where a comparison happens, copied into every Difference it yields."""
@@ -143,6 +172,8 @@ class StepContext:
     step: int | None = None
     op: Op | None = None
     rules: tuple[str, ...] = ()
+    #: The model's rules that decide what a path shows (``model.lookup.explain``).
+    explain: Callable[[str], tuple[str, ...]] | None = None
 
     def diff(
         self, field: str, expected: str, observed: str, path: str | None = None, detail: str = ""
@@ -155,7 +186,15 @@ class StepContext:
             op=None if self.op is None else str(self.op),
             op_name=None if self.op is None else self.op.name,
             path=path,
-            rules=self.rules,
+            rules=tuple(
+                dict.fromkeys(
+                    (
+                        *self.rules,
+                        *FIELD_RULES.get(base_field(field), ()),
+                        *(self.explain(path) if self.explain and path is not None else ()),
+                    )
+                )
+            ),
             detail=detail,
         )
 

@@ -39,9 +39,11 @@ import model
 from adapters.base import Adapter, AdapterError, LayerDirs, Mounted
 from conformance import reproducer, strategies
 from conformance.compare import (
+    OBSERVATIONAL_FIELDS,
     Difference,
     InodeMap,
     StepContext,
+    base_field,
     compare_fingerprints,
     compare_options,
     compare_outcome,
@@ -50,8 +52,11 @@ from conformance.compare import (
 from conformance.known import KnownDifference, KnownList
 from conformance.report import FailureRecord, Recorder
 from conformance.reproducer import MountSpec, ReproducerInput, StepRecord
+from model import ops
 from model.features import Features
+from model.lookup import explain
 from model.ops import Op, View
+from model.paths import Errno, Escape, resolve
 from model.state import Overlay
 
 # --- profiles -----------------------------------------------------------------------------
@@ -172,6 +177,13 @@ class Run:
         self.steps: list[StepRecord] = []
         self.inodes = InodeMap()
         self.diverged = False
+        # The rules of the step that last changed each path of the model's view: a
+        # difference that persists there is still about those rules.
+        self.path_rules: dict[str, tuple[str, ...]] = {}
+        # Known differences accepted so far, by (path, field): the same difference seen again
+        # at a later step is the same known difference, whatever that step was.
+        self.accepted: dict[tuple[str | None, str], KnownDifference] = {}
+        self._stat_path: str | None = None
         self.mounted: Mounted | None = None
         self.layers: LayerDirs | None = None
         self.snapshots: list[reproducer.LayerSnapshot] = []
@@ -259,8 +271,43 @@ class Run:
             )
         except (AdapterError, OSError):
             options = []  # unreadable options are reported once by note_mount
-        initial = StepContext(rules=self.rules)
+        initial = StepContext(rules=self.rules, explain=self._explain)
         self._judge(options + self._check_view(initial), [])
+
+    def _key(self, diff: Difference) -> tuple[str | None, str]:
+        # A stat's outcome has no path: it is about the object the stat named.
+        path = diff.path if diff.path is not None or diff.step is None else self._stat_path
+        return path, base_field(diff.field)
+
+    def _explain(self, path: str) -> tuple[str, ...]:
+        """The rules behind what ``path`` shows in the model's current state: the lookup
+        rules met on the way to it, and those of the step that last changed it."""
+        lookup_rules = explain(self.state, tuple(path.split("/")) if path else ())
+        return (*self.path_rules.get(path, ()), *lookup_rules)
+
+    def _note_changes(self, before: View, rules: tuple[str, ...]) -> None:
+        """A changed path is about this step's rules now; its parent directory, whose
+        entries changed, is about them too (in addition to what it was about before)."""
+        after = self.expected_view
+        for path in set(before) | set(after):
+            if before.get(path) != after.get(path):
+                self.path_rules[path] = rules
+                if path:
+                    parent = path.rpartition("/")[0]
+                    merged = (*self.path_rules.get(parent, ()), *rules)
+                    self.path_rules[parent] = tuple(dict.fromkeys(merged))
+
+    def _object_rules(self, op: Op) -> tuple[str, ...]:
+        """For a stat, the rules behind the object it names (its outcome has no path)."""
+        self._stat_path = None
+        if not isinstance(op, ops.Stat | ops.Lstat):
+            return ()
+        try:
+            obj = resolve(self.state, op.path, follow=isinstance(op, ops.Stat))
+        except (Errno, Escape):
+            return ()
+        self._stat_path = "/".join(obj.path)
+        return self._explain(self._stat_path)
 
     def step(self, op: Op) -> None:
         """Perform ``op`` on the model and the implementation and judge the result."""
@@ -272,10 +319,13 @@ class Run:
         self.ctx.stats["steps"] += 1
         self.ctx.stats[f"op:{op.name}"] += 1
         self.ctx.stats[f"errno:{errno.errorcode.get(transition.outcome.errno, 'ok')}"] += 1
-        ctx = StepContext(index, op, tuple(transition.rules))
+        rules = (*transition.rules, *self._object_rules(op))
+        ctx = StepContext(index, op, tuple(dict.fromkeys(rules)), explain=self._explain)
+        before = self.expected_view
         outcome = compare_outcome(transition.outcome, observed, self.inodes, ctx)
         self.state = transition.state
         self._view = None
+        self._note_changes(before, tuple(transition.rules))
         after = self._check_view(ctx)
         if outcome:
             # The states have diverged: judge the outcome; the view is shown as context.
@@ -287,11 +337,19 @@ class Run:
     def _judge(self, diffs: list[Difference], context: list[Difference]) -> None:
         if not diffs:
             return
-        known, unknown = self.ctx.known.classify(diffs)
-        for _, entry in known:
+        persisting = [(d, self.accepted.get(self._key(d))) for d in diffs]
+        again = [(d, entry) for d, entry in persisting if entry is not None]
+        known, unknown = self.ctx.known.classify([d for d, entry in persisting if entry is None])
+        for d, entry in known:
             self.ctx.known.record(entry)
+            self.accepted[self._key(d)] = entry
+        known = again + known
         if not unknown:
-            self.diverged = True  # a known difference: this example stops here
+            # A known difference in what happened (an outcome, a name, contents) means the
+            # states have parted: this example stops. One in a descriptive field only (link
+            # counts, inode numbers, times) leaves them in step: go on exploring.
+            if any(base_field(d.field) not in OBSERVATIONAL_FIELDS for d, _ in known):
+                self.diverged = True
             return
         self.fail(unknown, context, known)
 

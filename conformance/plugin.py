@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import platform
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from adapters.base import Adapter, AdapterError, AdapterOptions, Unavailable
 from conformance import known as known_mod
-from conformance.machine import PROFILES, Context, Run, close_all
+from conformance.machine import PROFILES, ConformanceFailure, Context, Run, close_all
 from conformance.report import Recorder
 from model.features import FeatureError, Features
 from model.state import Overlay
@@ -296,7 +296,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     ctx = state.context
     ctx.recorder.known_occurred = dict(ctx.known.occurred)
-    state.stale = ctx.known.stale(ctx.recorder.passed_case_rules)
+    # Staleness is judged only on a whole, clean run: a failure cuts exploration short, and an
+    # xdist worker sees only its share of the examples.
+    whole_run = session.testsfailed == 0 and not hasattr(session.config, "workerinput")
+    state.stale = ctx.known.stale(ctx.recorder.passed_case_rules) if whole_run else []
     ctx.recorder.stale = state.stale
     try:
         ctx.recorder.write()
@@ -387,3 +390,17 @@ def overlay(
     finally:
         for run in reversed(runs):
             run.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A difference is reported as the difference report itself (with Hypothesis's notes on
+    how to replay it), not as a traceback through the suite's own code."""
+    report = yield
+    excinfo = call.excinfo
+    if report.failed and excinfo is not None and excinfo.errisinstance(ConformanceFailure):
+        notes = getattr(excinfo.value, "__notes__", [])
+        report.longrepr = "\n".join([str(excinfo.value), *notes])
+    return report

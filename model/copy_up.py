@@ -32,9 +32,13 @@ def copy_up(state: Overlay, obj: Merged, trace: list[str]) -> tuple[Overlay, Mer
     # without its entries: they stay in the lower layers and merge (lookup.dir-merge).
     copy = replace(lower, origin=obj.top.ino, opaque=False, redirect=None)
     ino, state = state.alloc()
+    if obj.path:
+        trace.append("copy-up.parent-mtime")
     upper = state.upper
     assert upper is not None
     state = state.with_upper(upper.link(obj.path, ino, copy))
+    if lower.kind == "symlink":
+        trace.append("copy-up.symlink")
     if lower.kind == "file" and lower_nlink(state, obj.top) > 1:
         trace.append("link.broken-by-copy-up")
     copied = lookup(state, obj.path)

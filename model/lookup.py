@@ -152,6 +152,47 @@ def lower_positive(state: Overlay, parent: Merged, name: str) -> bool:
     return False
 
 
+def explain(state: Overlay, path: Path) -> tuple[str, ...]:
+    """The IDs of the lookup rules that decide what ``path`` shows (or that it shows nothing):
+    every whiteout, opaque directory, merge and shadowing met on the way down."""
+    rules: list[str] = []
+    obj: Merged | Absent = root(state)
+    for name in path:
+        if not isinstance(obj, Merged) or not top_inode(state, obj).is_dir:
+            break
+        layers_with_name = 0
+        for source in obj.sources:
+            node = layer(state, source.layer).get((*source.path, name))
+            if node is None:
+                continue
+            layers_with_name += 1
+            if node.kind == "whiteout":
+                xattr = node.whiteout_form == "xattr"
+                rules.append("lookup.xattr-whiteout" if xattr else "lookup.whiteout")
+            elif node.opaque:
+                rules.append("lookup.opaque")
+        parent, obj = obj, child(state, obj, name)
+        if isinstance(obj, Absent) and name in listing(state, parent):
+            merged = parent.is_merge or top_inode(state, parent).origin is not None
+            rules.append("readdir.lowest-xattr-whiteout" if merged else "readdir.pass-through")
+        if isinstance(obj, Merged):
+            if obj.is_merge:
+                rules.append("lookup.dir-merge")
+            if layers_with_name > len(obj.sources):
+                rules.append("lookup.upper-hides-lower")
+    if isinstance(obj, Merged) and obj.is_upper and _holds_copies(state, obj):
+        rules.append("copy-up.parent-mtime")  # its times are what the copy-ups left
+    return tuple(dict.fromkeys(rules))
+
+
+def _holds_copies(state: Overlay, directory: Merged) -> bool:
+    upper = layer(state, UPPER)
+    return any(
+        upper.inodes[upper.entries[(*directory.top.path, name)]].origin is not None
+        for name in upper.children(directory.top.path)
+    )
+
+
 def listing(state: Overlay, directory: Merged) -> list[str]:
     """What readdir returns. A directory made of one layer's directory that was never copied
     up is read straight from that layer (readdir.pass-through), so whiteouts in it are listed;

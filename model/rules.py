@@ -38,10 +38,15 @@ _RULES: tuple[Rule, ...] = (
          "A non-directory below a directory of the same name is ignored and ends the merge.",
          "rst:Upper and Lower"),
     Rule("lookup.whiteout",
-         "A whiteout (a 0/0 character device, or an empty file carrying the overlay "
-         "whiteout xattr in a directory marked opaque=x) hides the name in every layer "
-         "below it and is never itself visible.",
+         "A whiteout (a 0/0 character device) hides the name in every layer below it and is "
+         "never itself visible.",
          "rst:whiteouts and opaque directories; docker:7"),
+    Rule("lookup.xattr-whiteout",
+         "An empty regular file carrying the overlay whiteout xattr (trusted.overlay.whiteout, "
+         "or user.overlay.whiteout with userxattr) inside a directory marked opaque=x is a "
+         "whiteout too, for layers built by tools: it hides the name below and is not visible "
+         "to lookup.",
+         "rst:whiteouts and opaque directories (since 6.7)"),
     Rule("lookup.opaque",
          "A directory marked opaque hides the same-named directories of every layer below "
          "it, in the upper layer and in lower layers alike.",
@@ -101,10 +106,17 @@ _RULES: tuple[Rule, ...] = (
     Rule("copy-up.preserves",
          "Copy-up keeps the object's data, mode, owner, mtime, xattrs and symlink target.",
          "rst:Non-directories; docker:6"),
+    Rule("copy-up.symlink",
+         "A symlink is copied up as a symlink with the same target, owner and mtime.",
+         "rst:Non-directories; observed (lchown of a lower symlink)"),
     Rule("copy-up.parents",
          "Missing parent directories are copied up first, with their mode, owner, mtime "
-         "and xattrs; adding the copy to a parent leaves the parent's mtime as it was.",
+         "and xattrs.",
          "rst:Non-directories; observed"),
+    Rule("copy-up.parent-mtime",
+         "Copying an object up into its parent's upper directory leaves the parent's mtime as "
+         "it was: the kernel restores the parent's times after linking the copy in.",
+         "observed (fs/overlayfs/copy_up.c restores the parent's timestamps)"),
     Rule("copy-up.lower-unchanged",
          "No operation ever changes a lower layer; every change lands in the upper layer.",
          "rst:Upper and Lower; docker:2; docker:6"),

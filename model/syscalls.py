@@ -354,7 +354,8 @@ def _removexattr(state: Overlay, op: ops.RemoveXattr, trace: Trace) -> Result:
     if not _xattr_namespace_ok(node, op.key):
         raise Errno(E.EPERM, "xattr.user-namespace")
     if op.key not in node.xattrs:
-        raise Errno(E.ENODATA, "xattr.flags")
+        # Checked on the lower object, before any copy-up (copy-up.on-failed-setxattr).
+        raise Errno(E.ENODATA, "xattr.flags" if obj.is_upper else "copy-up.on-failed-setxattr")
     if not obj.is_upper:
         trace.append("copy-up.triggers")
     state, obj = copy_up(state, obj, trace)
