@@ -153,6 +153,7 @@ FIELD_RULES: dict[str, tuple[str, ...]] = {
     "lookup": ("readdir.pass-through", "readdir.lowest-xattr-whiteout"),
     "xattr": ("xattr.private-hidden", "copy-up.preserves"),
     "fingerprint": ("copy-up.lower-unchanged",),
+    "observe": ("readdir.union", "read.from-top"),  # the walk of the view itself failed
 }
 
 #: Fields that only describe objects: a known difference there leaves model and implementation

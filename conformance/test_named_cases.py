@@ -1,12 +1,12 @@
-"""The named cases (``conformance.cases.CASES``) run on the adapter and the model, step by
+"""The named cases (``model.cases.CASES``) run on the adapter and the model, step by
 step, judged exactly as the generated test judges (``conformance.machine.Run``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from conformance.cases import CASES, Case
 from conformance.machine import Context, case_features_mismatch, run_case
+from model.cases import CASES, Case
 
 pytestmark = pytest.mark.conformance
 

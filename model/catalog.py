@@ -11,15 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from model.cases import CASES, DOCKER_NOT_SEMANTIC
 from model.rules import RULES
 
 CATALOG = Path(__file__).resolve().parent.parent / "RULES.md"
 
 
 def render() -> str:
-    # The cases live with the suite; the model itself never depends on them.
-    from conformance.cases import CASES, DOCKER_NOT_SEMANTIC
-
     cases_of: dict[str, list[str]] = {rule: [] for rule in RULES}
     for case in CASES:
         for rule_id in case.rules:

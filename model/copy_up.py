@@ -39,6 +39,8 @@ def copy_up(state: Overlay, obj: Merged, trace: list[str]) -> tuple[Overlay, Mer
     state = state.with_upper(upper.link(obj.path, ino, copy))
     if lower.kind == "symlink":
         trace.append("copy-up.symlink")
+    if lower.kind in ("fifo", "chr"):
+        trace.append("copy-up.special-files")
     if lower.kind == "file" and lower_nlink(state, obj.top) > 1:
         trace.append("link.broken-by-copy-up")
     copied = lookup(state, obj.path)

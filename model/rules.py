@@ -121,8 +121,9 @@ _RULES: tuple[Rule, ...] = (
          "No operation ever changes a lower layer; every change lands in the upper layer.",
          "rst:Upper and Lower; docker:2; docker:6"),
     Rule("copy-up.special-files",
-         "Opening a fifo never copies it up, whatever the flags: fifos are not opened "
-         "through the overlay's file operations.",
+         "Fifos and device nodes are copied up as nodes of the same kind, with their "
+         "metadata; opening a fifo never copies it up, whatever the flags: fifos are not "
+         "opened through the overlay's file operations.",
          "observed"),
     Rule("copy-up.on-failed-setxattr",
          "setxattr copies the object up before the upper filesystem checks the call, so a "

@@ -6,8 +6,8 @@ import errno
 
 import pytest
 
-from conformance.cases import CASES, DOCKER_NOT_SEMANTIC, Case
 from model import apply
+from model.cases import CASES, DOCKER_NOT_SEMANTIC, Case
 from model.ops import StatResult
 from model.rules import RULES
 

@@ -237,6 +237,7 @@ _RENAME_FLAGS = st.sampled_from(
     ["", "", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_EXCHANGE", "RENAME_WHITEOUT"]
 )
 
+
 def ops_over(_P: st.SearchStrategy[str]) -> st.SearchStrategy[Op]:
     """Every operation, on paths drawn from ``_P``."""
     return st.one_of(
@@ -270,7 +271,6 @@ def ops_over(_P: st.SearchStrategy[str]) -> st.SearchStrategy[Op]:
         st.builds(ops.Rename, _P, _P, _RENAME_FLAGS),
         st.just(ops.Remount()),
     )
-
 
 
 OPS = ops_over(_P)
@@ -581,4 +581,3 @@ def test_escaped_private_xattr(workspace: Path) -> None:
 
 def test_no_mounts_left() -> None:
     assert "pyo-kernel-" not in Path("/proc/self/mountinfo").read_text()
-

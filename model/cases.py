@@ -1,11 +1,13 @@
 """Named cases: deterministic scenarios, at least one per model rule and per Docker statement.
 
 Each case is data: an initial layer stack, a list of operations, and what the specification
-says each step returns. ``tests/test_cases.py`` checks the model against ``expect``; the
-conformance suite runs the same steps on an implementation and compares it with the model, so a
-failing case names its rules. Copy-up is invisible in the merged view except through hard
-links (a copied-up name leaves its lower hard link: rule link.broken-by-copy-up), which is why
-many copy-up cases use a lower file with two names and look at st_nlink.
+says each step returns: the spec's worked examples. ``tests/test_cases.py`` checks the model
+against ``expect``; the conformance suite (``conformance/test_named_cases.py``) runs the same
+steps on an implementation and compares it with the model, so a failing case names its rules.
+
+Copy-up is invisible in the merged view except through hard links (a copied-up name leaves its
+lower hard link: rule link.broken-by-copy-up), which is why many copy-up cases use a lower file
+with two names and look at st_nlink.
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ CASES: tuple[Case, ...] = (
     case("copy-up/special-files", "copy-up.special-files open.fifo-nonblock",
          stack({"p": Fifo(), "q": HardLink("p")}),
          (Open("p", RW), ok()), (Lstat("p"), st(nlink=2, kind="fifo")),
-         (Open("p", W), err(E.ENXIO)), (Read("p"), val(b""))),
+         (Open("p", W), err(E.ENXIO)), (Read("p"), val(b"")), (Chmod("p", 0o600), ok()),
+         (Lstat("p"), st(kind="fifo", mode=0o600, nlink=1))),
     case("copy-up/on-failed-setxattr", "copy-up.on-failed-setxattr xattr.flags",
          stack({"a": File("x", xattrs={"user.k": b"v"}), "b": HardLink("a"),
                 "c": "y", "e": HardLink("c")}),
