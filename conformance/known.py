@@ -2,14 +2,15 @@
 
 Each entry names a rule ID and, optionally, the operation and the field (an fnmatch pattern,
 e.g. ``xattr:*``) it covers, with a reason and a link. A difference matching an entry is
-reported as known rather than failing, and that example stops there (model and implementation
-have diverged). The list must stay true: an entry that never occurs in a run where its rule was
-exercised by a named case that passed is reported as "no longer occurs" and fails the session.
+reported as known rather than failing; the example stops there unless the difference is in a
+descriptive field only (conformance.compare.OBSERVATIONAL_FIELDS). The list must stay true: in
+a clean run, an entry that never occurs although a passing named case exercised its rule is
+reported as "no longer occurs" and fails the session.
 
 File format (TOML)::
 
     [[known]]
-    rule = "D1.rename-dir-exdev"   # required
+    rule = "rename.dir-exdev"      # required
     op = "rename"                   # optional: the system call name
     field = "errno"                 # optional: fnmatch pattern on Difference.field
     reason = "why this is acceptable"
