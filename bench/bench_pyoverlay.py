@@ -60,6 +60,7 @@ def single_ops(base: Path, files: int, repeat: int) -> None:
     fs = OverlayFS(layers, Features())
     n = min(repeat, files)
     print(f"single operations ({files} files x 3 lowers, merged directories):")
+
     def f(i: int, layer: int) -> str:
         j = i % files
         return f"d{j % 10}/e{j % 3}/f{j}-{layer}"
@@ -75,6 +76,7 @@ def single_ops(base: Path, files: int, repeat: int) -> None:
     rate("rename upper file", n, lambda i: fs.rename(f"d{i % 10}/new{i}", f"d{i % 10}/mv{i}", 0))
     rate("unlink upper file", n, lambda i: fs.unlink(f"d{i % 10}/mv{i}"))
     rate("unlink lower file (whiteout)", n, lambda i: fs.unlink(f(i, 0)))
+
     def mkdir_rmdir(i: int) -> None:
         fs.mkdir(f"x{i}", 0o755)
         fs.rmdir(f"x{i}")
