@@ -86,10 +86,14 @@ PROFILES: dict[str, Profile] = {
         max_lowers=3,
     ),
     "default": Profile(
-        "default", settings(max_examples=100, stateful_step_count=30, **_COMMON), max_lowers=3
+        "default",
+        settings(derandomize=False, max_examples=100, stateful_step_count=30, **_COMMON),
+        max_lowers=3,
     ),
     "thorough": Profile(
-        "thorough", settings(max_examples=1000, stateful_step_count=50, **_COMMON), max_lowers=6
+        "thorough",
+        settings(derandomize=False, max_examples=1000, stateful_step_count=50, **_COMMON),
+        max_lowers=6,
     ),
 }
 for _p in PROFILES.values():
