@@ -82,7 +82,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         "ci",
-        settings(derandomize=True, max_examples=30, stateful_step_count=25, **_COMMON),
+        settings(derandomize=True, max_examples=400, stateful_step_count=25, **_COMMON),
         max_lowers=3,
     ),
     "default": Profile(

@@ -107,11 +107,14 @@ def follow_link(state: Overlay, directory: Merged, link: Merged, walk: Walk) -> 
     """The object a symlink (found in ``directory``) points to; it must exist."""
     walk.follow()
     target = top_inode(state, link).target
-    names, _ = split(target)
+    names, trailing = split(target)
     if not names:
         return directory
     parent = _walk_dirs(state, directory, names[:-1], walk)
-    return _step(state, parent, names[-1], walk, follow=True)
+    found = _step(state, parent, names[-1], walk, follow=True)
+    if trailing and not top_inode(state, found).is_dir:
+        raise Errno(E.ENOTDIR, "path.trailing-slash")  # a target "x/" must be a directory
+    return found
 
 
 def parent_of(state: Overlay, path: str, walk: Walk | None = None) -> Last:
