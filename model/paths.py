@@ -11,7 +11,7 @@ import errno as E
 from dataclasses import dataclass
 from typing import Literal
 
-from model.lookup import Absent, Merged, child, root, top_inode
+from model.lookup import Absent, Merged, child, lookup, root, top_inode
 from model.state import Overlay
 
 MAXSYMLINKS = 40
@@ -73,8 +73,6 @@ def split(path: str) -> tuple[list[str], bool]:
 def _dotdot(state: Overlay, current: Merged) -> Merged:
     if not current.path:
         raise Escape("..")
-    from model.lookup import lookup
-
     parent = lookup(state, current.path[:-1])
     assert parent is not None
     return parent

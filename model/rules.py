@@ -278,7 +278,3 @@ _RULES: tuple[Rule, ...] = (
 
 RULES: dict[str, Rule] = {rule.id: rule for rule in _RULES}
 assert len(RULES) == len(_RULES), "duplicate rule IDs"
-
-
-def rule(rule_id: str) -> Rule:
-    return RULES[rule_id]

@@ -21,8 +21,6 @@ ROOT: Path = ()
 Kind = Literal["file", "dir", "symlink", "fifo", "chr", "whiteout"]
 WhiteoutForm = Literal["chardev", "xattr"]
 
-NON_DIR_KINDS: frozenset[str] = frozenset({"file", "symlink", "fifo", "chr"})
-
 
 @dataclass(frozen=True)
 class Inode:
@@ -86,9 +84,6 @@ class Layer:
             )
             return 2 + subdirs
         return sum(1 for i in self.entries.values() if i == ino)
-
-    def names_of(self, ino: int) -> list[Path]:
-        return sorted(p for p, i in self.entries.items() if i == ino)
 
     # Updates return new layers.
 
