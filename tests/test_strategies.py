@@ -143,7 +143,7 @@ def test_every_op_kind_is_generated() -> None:
     seen: set[str] = set()
     view = FrozenMap({"": _node("dir"), "a": _node("dir")})
 
-    @settings(max_examples=400, database=None)
+    @settings(max_examples=400, database=None, derandomize=True)  # a fixed sample: no flakes
     @given(S.operations(view, ROOT_ENV))
     def collect(op: ops.Op) -> None:
         seen.add(op.name)
