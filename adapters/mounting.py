@@ -379,13 +379,7 @@ class MountedDir(Mounted):
 
     def start(self) -> None:
         """Bring the overlay up the first time; on failure nothing is left behind."""
-        try:
-            self._up()
-            self._mounted = True
-        except BaseException as exc:
-            self._closed = True
-            self._down_after_failure(exc)
-            raise
+        self._bring_up(remount=False)
 
     def perform(self, op: Op) -> Outcome:
         self._ensure_open()
@@ -407,8 +401,13 @@ class MountedDir(Mounted):
     def remount(self) -> None:
         self._ensure_open()
         self._mounted = False
+        self._bring_up(remount=True)
+
+    def _bring_up(self, *, remount: bool) -> None:
+        """Mount (unmounting first for a remount); on failure close, leaving nothing behind."""
         try:
-            self._down()
+            if remount:
+                self._down()
             self._up()
             self._mounted = True
         except BaseException as exc:

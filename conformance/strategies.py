@@ -331,18 +331,14 @@ def op_escapes(view: View, op: Op, state: Overlay | None = None) -> bool:
     then."""
     if state is not None and model_escapes(state, op):
         return True
-
-    def leaves(path: str) -> bool:
-        return escapes(view, path)
-
-    if any(leaves(p) for p in op_paths(op)):
+    if any(escapes(view, p) for p in op_paths(op)):
         return True
     # A new symlink must not point outside from where it is created.
     if isinstance(op, ops.Symlink):
         if op.target.startswith("/"):
             return True
         parent = op.path.rstrip("/").rpartition("/")[0]
-        return leaves(f"{parent}/{op.target}" if parent else op.target)
+        return escapes(view, f"{parent}/{op.target}" if parent else op.target)
     return False
 
 
